@@ -1,0 +1,1 @@
+"""Real Kafka and Redis processes for development and tests, without Docker."""

@@ -1,0 +1,1 @@
+"""Adaptive batching: buffer waiting requests, form batches, run them on a backend."""
