@@ -26,6 +26,11 @@ class Pending:
     """Monotonic time the batcher received it."""
     token: Any = None
     """Opaque to the batcher: whatever the pipeline needs to ack the message."""
+    accepted_s: float | None = None
+    """Wall-clock epoch seconds the request entered the system (e.g. when the
+    API accepted it), if known. The latency target counts from here rather than
+    from when the batcher received it, so requests that waited in the topic are
+    not held back further."""
 
     @property
     def size_bytes(self) -> int:

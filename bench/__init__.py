@@ -1,0 +1,1 @@
+"""Benchmarks and test stand-ins for the Dolphin connector."""
