@@ -81,7 +81,7 @@ async def saturation(stack: Stack, quick: bool) -> dict[str, Any]:
 
     api, worker = stack.start_connector(_namespace())
     connector = await measure(stack, api.url, load(1000, duration), 2048, [api, worker])
-    stack.stop("api"), stack.stop("worker")
+    stack.stop_connector()
     inproc = stack.start_inprocess()
     baseline_b = await measure(stack, inproc.url, load(1000, duration), 2048, [inproc])
     stack.stop("inprocess")
@@ -109,7 +109,7 @@ async def light(stack: Stack, quick: bool) -> dict[str, Any]:
     results["connector"] = await measure(
         stack, api.url, one_by_one, 2048, [api, worker]
     )
-    stack.stop("api"), stack.stop("worker")
+    stack.stop_connector()
     inproc = stack.start_inprocess()
     results["baseline_b"] = await measure(stack, inproc.url, one_by_one, 2048, [inproc])
     stack.stop("inprocess")
@@ -141,7 +141,7 @@ async def medium(stack: Stack, quick: bool) -> dict[str, Any]:
             _namespace(), DOLPHIN_BATCH_POLICY=policy, DOLPHIN_LATENCY_TARGET_S="2.0"
         )
         results[policy] = await measure(stack, api.url, load, 2048, [api, worker])
-        stack.stop("api"), stack.stop("worker")
+        stack.stop_connector()
     return results
 
 
@@ -154,7 +154,7 @@ async def memory(stack: Stack, quick: bool) -> dict[str, Any]:
         return closed_loop(target, 2000, duration, warmup_s=3)
 
     figures = await measure(stack, api.url, load, 200_000, [api, worker])
-    stack.stop("api"), stack.stop("worker")
+    stack.stop_connector()
     return {"connector": figures}
 
 
@@ -167,11 +167,37 @@ async def capacity(stack: Stack, quick: bool) -> dict[str, Any]:
 
     api, worker = stack.start_connector(_namespace())
     connector = await measure(stack, api.url, load, 20_000, [api, worker])
-    stack.stop("api"), stack.stop("worker")
+    stack.stop_connector()
     inproc = stack.start_inprocess()
     baseline_b = await measure(stack, inproc.url, load, 20_000, [inproc])
     stack.stop("inprocess")
     return {"connector": connector, "baseline_b": baseline_b}
+
+
+async def sweep(stack: Stack, quick: bool) -> dict[str, Any]:
+    """Throughput against offered load, open loop, for the throughput plot."""
+    duration = 8 if quick else 12
+    stack.start_simulator(**COST)
+    api, worker = stack.start_connector(_namespace())
+    points = []
+    for fraction in (0.25, 0.5, 0.75, 1.0, 1.25):
+        rate = IDEAL_PER_S * fraction
+
+        def load(target: Callable[..., Any], rate: float = rate) -> Awaitable[Run]:
+            return open_loop(target, rate, duration, seed=5, warmup_s=2)
+
+        figures = await measure(stack, api.url, load, 2048, [api, worker])
+        # Answered per second over the whole window, queued backlog included.
+        points.append(
+            {
+                "offered_per_s": round(rate, 2),
+                "throughput_per_s": figures["throughput_per_s"],
+                "p99_s": figures["latency_s"]["p99"],
+                "mean_batch_size": figures["mean_batch_size"],
+            }
+        )
+    stack.stop_connector()
+    return {"connector": points}
 
 
 SCENARIOS = {
@@ -180,6 +206,7 @@ SCENARIOS = {
     "medium": medium,
     "memory": memory,
     "capacity": capacity,
+    "sweep": sweep,
 }
 
 

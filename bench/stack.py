@@ -153,6 +153,10 @@ class Stack:
         if proc is not None:
             proc.stop()
 
+    def stop_connector(self) -> None:
+        self.stop("api")
+        self.stop("worker")
+
     def stop_all(self) -> None:
         for name in list(self.procs)[::-1]:
             self.stop(name)
