@@ -1,0 +1,1 @@
+"""The HTTP gateway: validates, admits, produces and waits for replies."""

@@ -1,0 +1,75 @@
+"""The parts of one API app that every route shares."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastapi import Request
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+
+from common.settings import Settings
+from common.store import Keys
+
+from .admission import Admission
+from .breaker import BreakerView
+from .kafka_status import KafkaInspector
+from .metrics import ApiMetrics
+from .producer import RequestProducer
+from .ratelimit import RateLimiter
+from .replies import ReplyRouter
+
+REDIS_CONNECT_TIMEOUT_S = 1.0
+REDIS_SOCKET_TIMEOUT_S = 5.0
+
+
+@dataclass(slots=True)
+class ApiContext:
+    """Everything the routes share; one per app, built by ``create_app``."""
+
+    settings: Settings
+    keys: Keys
+    redis: Redis
+    metrics: ApiMetrics
+    admission: Admission
+    rate_limiter: RateLimiter
+    breaker: BreakerView
+    producer: RequestProducer
+    router: ReplyRouter
+    inspector: KafkaInspector
+
+    @classmethod
+    def build(cls, settings: Settings) -> ApiContext:
+        keys = Keys(settings.redis_key_prefix)
+        redis = connect_redis(settings)
+        metrics = ApiMetrics()
+        metrics.queue_capacity.set(settings.queue_capacity)
+        inspector = KafkaInspector(settings)
+        return cls(
+            settings=settings,
+            keys=keys,
+            redis=redis,
+            metrics=metrics,
+            admission=Admission(redis, keys, settings),
+            rate_limiter=RateLimiter(redis, keys, settings.rate_limit_per_minute),
+            breaker=BreakerView(redis, keys, settings.breaker_cooldown_s),
+            producer=RequestProducer(settings),
+            router=ReplyRouter(settings, metrics, inspector.partitions),
+            inspector=inspector,
+        )
+
+
+def connect_redis(settings: Settings) -> Redis:
+    # One quick retry rides out a dropped connection; a down Redis fails fast.
+    return Redis.from_url(
+        settings.redis_url.get_secret_value(),
+        socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S,
+        socket_timeout=REDIS_SOCKET_TIMEOUT_S,
+        retry=Retry(ExponentialBackoff(cap=0.1, base=0.02), retries=1),
+    )
+
+
+def context(request: Request) -> ApiContext:
+    ctx: ApiContext = request.app.state.ctx
+    return ctx
