@@ -120,6 +120,11 @@ class Worker:
 
     async def start(self) -> None:
         await self._ensure_topics()
+        # Load the embedded parser's models before taking work, so the first
+        # batch is not slowed by it and a missing model fails start-up.
+        warm_up = getattr(self.backend.inner, "warm_up", None)
+        if warm_up is not None:
+            await warm_up()
         await self.producer.start()
         await self.breaker.publish()
         self.batcher.start()
