@@ -103,8 +103,13 @@ def _spawn_service(argv: list[str], name: str) -> subprocess.Popen[bytes]:
 
 
 def _wait_health(settings: Settings) -> None:
-    url = f"http://{settings.api_host}:{settings.api_port}/health"
     deadline = time.monotonic() + HEALTH_TIMEOUT_S
+    worker = f"http://{settings.worker_host}:{settings.worker_port}/health"
+    _wait_url(worker, deadline, show=False)
+    _wait_url(f"http://{settings.api_host}:{settings.api_port}/health", deadline)
+
+
+def _wait_url(url: str, deadline: float, show: bool = True) -> None:
     last = "no answer"
     while time.monotonic() < deadline:
         for name in ("worker", "api"):
@@ -112,14 +117,15 @@ def _wait_health(settings: Settings) -> None:
                 sys.exit(f"{name} exited during start-up; see {LOGS / (name + '.log')}")
         try:
             with urllib.request.urlopen(url, timeout=2) as answer:
-                print(f"healthy: {url}\n{answer.read().decode()}")
+                body = answer.read().decode()
+                print(f"healthy: {url}" + (f"\n{body}" if show else ""))
                 return
         except urllib.error.HTTPError as exc:
             last = exc.read().decode(errors="replace")
         except OSError as exc:
             last = str(exc)
         time.sleep(0.5)
-    sys.exit(f"the API did not report healthy within {HEALTH_TIMEOUT_S:.0f}s: {last}")
+    sys.exit(f"{url} did not report healthy within {HEALTH_TIMEOUT_S:.0f}s: {last}")
 
 
 def down() -> None:
