@@ -23,7 +23,8 @@ DURATION_BUCKETS_S = (
 
 
 def outcome_for(status: int) -> str:
-    """Outcome label: ok, invalid, rejected (retry later), failed, timeout."""
+    """Outcome label: ok, invalid, rejected (retry later), cancelled, failed,
+    timeout."""
     if status < 400:
         return "ok"
     if status in (429, 503):
@@ -43,14 +44,15 @@ class ApiMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
-            "dolphin_api_requests",
+            "dolphin_api_requests_total",
             "Parse requests answered, by outcome, HTTP status and error code.",
             ["outcome", "status", "code"],
             registry=self.registry,
         )
         self.duration = Histogram(
             "dolphin_api_request_duration_seconds",
-            "End-to-end time of parse requests, arrival to answer.",
+            "End-to-end time of parse requests, arrival to answer, by outcome.",
+            ["outcome"],
             buckets=DURATION_BUCKETS_S,
             registry=self.registry,
         )
@@ -70,15 +72,16 @@ class ApiMetrics:
             registry=self.registry,
         )
         self.replies_dropped = Counter(
-            "dolphin_api_replies_dropped",
+            "dolphin_api_replies_dropped_total",
             "Replies read for requests nobody waits for in this process.",
             registry=self.registry,
         )
 
     def observe(self, status: int, code: str | None, duration_s: float) -> None:
         label = code if code is None or code in CATALOG else "other"
-        self.requests.labels(outcome_for(status), str(status), label or "").inc()
-        self.duration.observe(duration_s)
+        outcome = outcome_for(status)
+        self.requests.labels(outcome, str(status), label or "").inc()
+        self.duration.labels(outcome).observe(duration_s)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
