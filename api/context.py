@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fastapi import Request
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
@@ -22,6 +22,9 @@ from .replies import ReplyRouter
 
 REDIS_CONNECT_TIMEOUT_S = 1.0
 REDIS_SOCKET_TIMEOUT_S = 5.0
+# Commands beyond this many at once wait for a free connection (up to the
+# socket timeout) instead of failing: a burst of callers is not an outage.
+REDIS_MAX_CONNECTIONS = 64
 
 
 @dataclass(slots=True)
@@ -54,7 +57,7 @@ class ApiContext:
             admission=Admission(redis, keys, settings),
             rate_limiter=RateLimiter(redis, keys, settings.rate_limit_per_minute),
             breaker=BreakerView(redis, keys, settings.breaker_cooldown_s),
-            producer=RequestProducer(settings),
+            producer=RequestProducer(settings, probe=inspector.reachable),
             router=ReplyRouter(settings, metrics, inspector.partitions),
             inspector=inspector,
         )
@@ -62,12 +65,15 @@ class ApiContext:
 
 def connect_redis(settings: Settings) -> Redis:
     # One quick retry rides out a dropped connection; a down Redis fails fast.
-    return Redis.from_url(
+    pool = BlockingConnectionPool.from_url(
         settings.redis_url.get_secret_value(),
+        max_connections=REDIS_MAX_CONNECTIONS,
+        timeout=REDIS_SOCKET_TIMEOUT_S,
         socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S,
         socket_timeout=REDIS_SOCKET_TIMEOUT_S,
         retry=Retry(ExponentialBackoff(cap=0.1, base=0.02), retries=1),
     )
+    return Redis(connection_pool=pool)
 
 
 def context(request: Request) -> ApiContext:

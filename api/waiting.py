@@ -1,9 +1,11 @@
 """Waiting for one request's answer: a Kafka reply, or the result in Redis.
 
 The reply consumer is the fast path. Redis is polled as well, once right away and
-then every ``poll_interval_s``, because the worker stores every final answer
-there: a reply that went past while this process was not listening (consumer
-lag, a restart, an idempotent retry arriving late) is found all the same.
+then at intervals growing from ``poll_interval_s`` to ``MAX_POLL_INTERVAL_S``,
+because the worker stores every final answer there: a reply that went past
+while this process was not listening (consumer lag, a restart, an idempotent
+retry arriving late) is found all the same. The intervals grow so that thousands
+of long waits cost Redis little.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from .replies import ReplyRouter
 logger = logging.getLogger(__name__)
 
 POLL_INTERVAL_S = 1.5
+MAX_POLL_INTERVAL_S = 15.0
 
 Body = dict[str, Any]
 
@@ -52,6 +55,7 @@ async def wait_for_answer(
     gone = asyncio.ensure_future(disconnected)
     try:
         next_poll = time.monotonic()
+        interval_s = poll_interval_s
         while True:
             now = time.monotonic()
             if now >= next_poll:
@@ -59,7 +63,8 @@ async def wait_for_answer(
                 if body is not None:
                     return body
                 now = time.monotonic()
-                next_poll = now + poll_interval_s
+                next_poll = now + interval_s
+                interval_s = min(interval_s * 2, MAX_POLL_INTERVAL_S)
             if now >= deadline:
                 return None
             watched: set[asyncio.Future[Any]] = {future, gone}

@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import psutil
 
-from bench.loadgen import Run, closed_loop, http_target, open_loop
+from bench.loadgen import Run, closed_loop, http_session, http_target, open_loop
 from bench.measure import MemoryWatch, sim_reset, sim_stats, summarize
 from bench.stack import Proc, Stack
 
@@ -44,10 +44,7 @@ def machine() -> dict[str, Any]:
 
 
 def client(connections: int) -> httpx.AsyncClient:
-    limits = httpx.Limits(
-        max_connections=connections, max_keepalive_connections=connections
-    )
-    return httpx.AsyncClient(limits=limits, timeout=600)
+    return httpx.AsyncClient(timeout=60)
 
 
 Load = Callable[[Callable[..., Any]], Awaitable[Run]]
@@ -57,11 +54,11 @@ async def measure(
     stack: Stack, target_url: str, load: Load, image_bytes: int, watch: list[Proc]
 ) -> dict[str, Any]:
     sim = stack.procs["simulator"]
-    async with client(2100) as http:
+    async with client(4) as http, http_session(2100) as session:
         await sim_reset(http, sim)
         memory = MemoryWatch(watch)
         async with memory.watching():
-            run = await load(http_target(http, target_url + "/parse", image_bytes))
+            run = await load(http_target(session, target_url + "/parse", image_bytes))
         stats = await sim_stats(http, sim)
     figures = summarize(run, stats)
     figures["memory"] = memory.summary()
@@ -220,7 +217,7 @@ async def main_async(names: list[str], quick: bool) -> dict[str, Any]:
     }
     started = time.perf_counter()
     try:
-        stack.start_services()
+        await asyncio.to_thread(stack.start_services)
         for name in names:
             print(f"== {name}", flush=True)
             began = time.perf_counter()
