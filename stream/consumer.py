@@ -1,7 +1,7 @@
 """The Kafka side of the worker: consume, track, hold back, commit.
 
-One task reads the requests topic and hands each message to the pipeline, in
-partition order. The pipeline blocks while the batcher's buffer is full; the
+One task reads the requests topic and hands the messages of each poll to the
+pipeline together. The pipeline blocks while the batcher's buffer is full; the
 consumer then pauses every partition and keeps polling, so the group still sees
 a live member while nothing new is fetched (Kafka evicts a consumer that stops
 polling for ``max.poll.interval.ms``). Fetching resumes as soon as the message
@@ -32,7 +32,7 @@ from common.kafka import client_options, max_request_bytes
 from common.settings import Settings
 
 from . import metrics
-from .commits import OffsetLedger, PartitionLedger
+from .commits import OffsetLedger
 from .pipeline import Pipeline, Record
 from .producing import DeliveryAbandoned
 
@@ -122,50 +122,61 @@ class RequestConsumer:
             batches = await self._consumer.getmany(
                 timeout_ms=POLL_TIMEOUT_MS, max_records=MAX_RECORDS_PER_POLL
             )
+            handled: list[tuple[Record, asyncio.Task[None]]] = []
             for tp, records in batches.items():
-                await self._feed(tp, records)
-                if self._stopping.is_set():
-                    return
+                handled += self._start_handling(tp, records)
+            await self._settle(handled)
 
-    async def _feed(self, tp: TopicPartition, records: list[Any]) -> None:
+    def _start_handling(
+        self, tp: TopicPartition, records: list[Any]
+    ) -> list[tuple[Record, asyncio.Task[None]]]:
+        """Hand one poll's messages to the pipeline at once.
+
+        Their Redis look-ups then overlap instead of queueing one round trip
+        behind another; acks may complete in any order, the ledger keeps the
+        committed offset below the oldest unanswered message. Nothing awaits
+        between the checks and the hand-over, so no rebalance can interleave.
+        """
         ledger = self.ledger.get(tp)
-        if ledger is None:
-            return
+        if ledger is None or self._stopping.is_set():
+            return []
+        started = []
         for record in records:
-            # A rebalance during this loop makes the rest of the list stale: the
-            # partition is gone, or back with a position reset to its commit.
-            if self._stopping.is_set() or self.ledger.get(tp) is not ledger:
-                return
-            await self._handle(record, ledger)
+            ticket = ledger.track(record.offset)
+            task = asyncio.create_task(self._pipeline.handle(record, ticket))
+            started.append((record, task))
+        return started
 
-    async def _handle(self, record: Record, ledger: PartitionLedger) -> None:
-        ticket = ledger.track(record.offset)
-        task = asyncio.create_task(self._pipeline.handle(record, ticket))
+    async def _settle(self, handled: list[tuple[Record, asyncio.Task[None]]]) -> None:
+        """Wait until every message of a poll reached the batcher or its answer."""
+        tasks = {task for _, task in handled}
+        waiting = set(tasks)
         try:
-            while True:
-                done, _ = await asyncio.wait({task}, timeout=KEEPALIVE_POLL_S)
-                if done:
-                    break
-                await self._hold_back()
+            while waiting:
+                _, waiting = await asyncio.wait(waiting, timeout=KEEPALIVE_POLL_S)
+                if waiting:
+                    await self._hold_back()
         finally:
-            if not task.done():
+            for task in waiting:
                 task.cancel()
+            for task in waiting:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         if self._paused:
             self._resume()
-        try:
-            task.result()
-        except DeliveryAbandoned:
-            raise
-        except Exception:
-            # Even dead-lettering failed. The message stays unacknowledged
-            # (its partition's commits wait for a restart to retry it) rather
-            # than stopping the worker for every partition.
-            logger.exception(
-                "message_left_unanswered",
-                extra={"partition": record.partition, "offset": record.offset},
-            )
+        for record, task in handled:
+            try:
+                task.result()
+            except DeliveryAbandoned:
+                raise
+            except Exception:
+                # Even dead-lettering failed. The message stays unacknowledged
+                # (its partition's commits wait for a restart to retry it)
+                # rather than stopping the worker for every partition.
+                logger.exception(
+                    "message_left_unanswered",
+                    extra={"partition": record.partition, "offset": record.offset},
+                )
 
     async def _hold_back(self) -> None:
         """Stay in the group while the pipeline is blocked, fetching nothing."""
