@@ -36,10 +36,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         except (RedisError, OSError) as exc:
             logger.warning("redis_unavailable_at_start", extra={"error": repr(exc)})
 
-        await ctx.producer.start()
-        stack.push_async_callback(ctx.producer.stop)
+        # The producer probes Kafka through the inspector: start that first.
         await ctx.inspector.start()
         stack.push_async_callback(ctx.inspector.stop)
+        await ctx.producer.start()
+        stack.push_async_callback(ctx.producer.stop)
         await ctx.router.start()
         stack.push_async_callback(ctx.router.stop)
 

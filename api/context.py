@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from fastapi import Request
@@ -41,6 +42,8 @@ class ApiContext:
     producer: RequestProducer
     router: ReplyRouter
     inspector: KafkaInspector
+    uploads: asyncio.Semaphore
+    """Bounds the requests reading, checking and producing their image at once."""
 
     @classmethod
     def build(cls, settings: Settings) -> ApiContext:
@@ -60,6 +63,7 @@ class ApiContext:
             producer=RequestProducer(settings, probe=inspector.reachable),
             router=ReplyRouter(settings, metrics, inspector.partitions),
             inspector=inspector,
+            uploads=asyncio.Semaphore(settings.max_concurrent_uploads),
         )
 
 

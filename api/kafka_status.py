@@ -94,6 +94,10 @@ class KafkaInspector:
     async def health(self) -> KafkaHealth:
         return await self._health.get()
 
+    async def reachable(self) -> bool:
+        """Does a broker answer a metadata request now? Not cached."""
+        return (await self._check_health()).ok
+
     async def consumer_lag(self) -> ConsumerLag | None:
         """Lag of the worker group on the requests topic; None if Kafka failed."""
         try:

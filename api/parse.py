@@ -72,7 +72,6 @@ async def submit(
 ) -> Body:
     """Run one parse request to its answer body; raises ConnectorError on refusal."""
     settings = ctx.settings
-    request_id: str = request.state.request_id
     timeout_s = parse_timeout_header(timeout_header, settings.request_timeout_s)
     idempotency = parse_idempotency_key(idempotency_header)
     deadline_at = datetime.now(UTC) + timedelta(seconds=timeout_s)
@@ -80,8 +79,31 @@ async def submit(
     # Cheap refusals first, before a possibly large body is read.
     await ctx.rate_limiter.check(client_id)
     await ctx.breaker.check()
+    ctx.producer.check_available()
+    # Only a bounded number of bodies are read and held at once; the others
+    # wait in their sockets, so memory stays flat however many callers come.
+    async with ctx.uploads:
+        pending, future = await _admit_and_produce(
+            ctx, request, client_id, started, timeout_s, idempotency, deadline_at
+        )
+    return await _wait(ctx, request, pending, future)
+
+
+async def _admit_and_produce(
+    ctx: ApiContext,
+    request: Request,
+    client_id: str,
+    started: float,
+    timeout_s: float,
+    idempotency: str | None,
+    deadline_at: datetime,
+) -> tuple[Pending, asyncio.Future[Body]]:
+    """Read, check, admit and produce; answers what to wait on."""
+    settings = ctx.settings
+    request_id: str = request.state.request_id
     upload = await read_upload(request, settings.max_image_bytes)
     checked = await _check(upload, ctx, with_hash=idempotency is not None)
+    del upload
 
     # Keys are per API key when there are keys; without, callers share one space
     # (an address is no identity: a retry may come from another one).
@@ -110,7 +132,7 @@ async def submit(
             retry_after_s=retry_after_s,
         )
     if isinstance(decision, Duplicate):
-        return await _join(ctx, request, pending, decision)
+        return _join(ctx, request, pending, decision)
     assert isinstance(decision, Admitted)
     ctx.metrics.queue_depth.set(decision.depth)
     logger.debug("request_admitted", extra={"depth": decision.depth})
@@ -131,9 +153,7 @@ async def submit(
         ctx.router.unsubscribe(request_id, future)
         await _withdraw(ctx, pending)
         raise
-    # The image is in Kafka now; do not hold on to it while waiting.
-    del message, checked
-    return await _wait(ctx, request, pending, future)
+    return pending, future
 
 
 async def _check(upload: Upload, ctx: ApiContext, *, with_hash: bool) -> Checked:
@@ -149,9 +169,9 @@ async def _check(upload: Upload, ctx: ApiContext, *, with_hash: bool) -> Checked
     return check()
 
 
-async def _join(
+def _join(
     ctx: ApiContext, request: Request, pending: Pending, duplicate: Duplicate
-) -> Body:
+) -> tuple[Pending, asyncio.Future[Body]]:
     """Answer a repeated Idempotency-Key with the first request's answer."""
     if not duplicate.same_body:
         raise api_error(
@@ -167,7 +187,7 @@ async def _join(
     # From here on the lines carry the joined id; the caller's bound() restores.
     bind(request_id=duplicate.request_id)
     future = ctx.router.subscribe(duplicate.request_id)
-    return await _wait(ctx, request, pending, future)
+    return pending, future
 
 
 async def _wait(

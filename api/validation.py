@@ -68,7 +68,14 @@ def decode_base64(text: str, max_image_bytes: int) -> bytes:
         raise api_error("empty_image", "image_data is empty; send the image bytes")
     if len(text) > encoded_limit(max_image_bytes):
         raise too_large(max_image_bytes, "decoded image")
+    # b64decode(validate=True) checks the alphabet but takes any run of '='
+    # after full groups ("QUJD====" decodes); strict base64 has whole groups
+    # of four and at most two '=' of padding.
+    tail = text[-4:]
+    padding = len(tail) - len(tail.rstrip("="))
     try:
+        if len(text) % 4 or padding > 2:
+            raise ValueError("not whole, padded groups of four")
         image = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         hint = " (drop the data: URL prefix)" if text.startswith("data:") else ""

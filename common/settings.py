@@ -182,6 +182,11 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(
         1800.0, gt=0, validation_alias=_env("request_timeout_s")
     )
+    max_concurrent_uploads: int = Field(
+        64, ge=1, le=4096, validation_alias=_env("max_concurrent_uploads")
+    )
+    """Requests reading, checking and producing their image at once, per API
+    process; the rest wait before their body is read, so memory stays flat."""
     queue_capacity: int = Field(10_000, ge=1, validation_alias=_env("queue_capacity"))
     backpressure_ratio: float = Field(
         0.83, gt=0, le=1, validation_alias=_env("backpressure_ratio")
