@@ -163,8 +163,10 @@ class Settings(BaseSettings):
         512, ge=1, validation_alias=_env("buffer_max_messages")
     )
     buffer_max_bytes: int = Field(
-        256 * MiB, ge=MiB, validation_alias=_env("buffer_max_bytes")
+        64 * MiB, ge=MiB, validation_alias=_env("buffer_max_bytes")
     )
+    """Image bytes waiting in the worker's batcher at most (a single larger image
+    is still taken alone)."""
     commit_interval_s: float = Field(
         2.0, gt=0, le=60, validation_alias=_env("commit_interval_s")
     )
@@ -183,7 +185,7 @@ class Settings(BaseSettings):
         1800.0, gt=0, validation_alias=_env("request_timeout_s")
     )
     max_concurrent_uploads: int = Field(
-        64, ge=1, le=4096, validation_alias=_env("max_concurrent_uploads")
+        16, ge=1, le=4096, validation_alias=_env("max_concurrent_uploads")
     )
     """Requests reading, checking and producing their image at once, per API
     process; the rest wait before their body is read, so memory stays flat."""

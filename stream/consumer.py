@@ -28,7 +28,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
-from common.kafka import client_options, max_request_bytes
+from common.kafka import client_options
 from common.settings import Settings
 
 from . import metrics
@@ -43,6 +43,8 @@ logger = logging.getLogger(__name__)
 POLL_TIMEOUT_MS = 500
 MAX_RECORDS_PER_POLL = 64
 KEEPALIVE_POLL_S = 2.0
+FETCH_PARTITION_BYTES = 2 * 1024 * 1024
+FETCH_MAX_BYTES = 8 * 1024 * 1024
 LAG_REFRESH_S = 5.0
 
 ReleaseWaiting = Callable[[Collection[TopicPartition]], None]
@@ -74,8 +76,10 @@ class RequestConsumer:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             isolation_level="read_committed",
-            max_partition_fetch_bytes=max_request_bytes(settings),
-            fetch_max_bytes=max(52_428_800, max_request_bytes(settings)),
+            # Small fetches keep memory flat; a message larger than these limits
+            # still arrives whole, since brokers always return the first one.
+            max_partition_fetch_bytes=FETCH_PARTITION_BYTES,
+            fetch_max_bytes=FETCH_MAX_BYTES,
             # Revocation waits for running batches; the group must wait for it.
             rebalance_timeout_ms=grace_ms + 30_000,
             max_poll_interval_ms=max(300_000, grace_ms + 60_000),
