@@ -89,7 +89,7 @@ async def saturation(stack: Stack, quick: bool) -> dict[str, Any]:
 
 
 async def light(stack: Stack, quick: bool) -> dict[str, Any]:
-    count = 20 if quick else 60
+    count = 20 if quick else 40
     stack.start_simulator(**COST)
     backend_s = (COST["fixed_ms"] + COST["per_image_ms"]) / 1000
 
