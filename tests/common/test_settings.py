@@ -110,7 +110,7 @@ def test_missing_config_file_is_refused(monkeypatch: pytest.MonkeyPatch) -> None
     """CONFIG_PATH pointing nowhere is an error, not silently ignored."""
     monkeypatch.setenv("CONFIG_PATH", "/nonexistent/config.yaml")
 
-    with pytest.raises(ConfigError, match="/nonexistent/config.yaml"):
+    with pytest.raises(ConfigError, match=r"/nonexistent/config\.yaml"):
         load_settings()
 
 
