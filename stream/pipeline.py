@@ -277,8 +277,10 @@ class Pipeline:
                 "result_without_delivery", extra={"request_id": pending.request_id}
             )
             return
-        batch_id = meta.batch_id if meta is not None else None
-        with bound(request_id=pending.request_id, batch_id=batch_id):
+        # The batcher's own batch id is already bound (it names the batch's
+        # lines); the backend's id, which the reply carries, is added beside it.
+        backend_batch_id = meta.batch_id if meta is not None else None
+        with bound(request_id=pending.request_id, backend_batch_id=backend_batch_id):
             try:
                 await self._answer(pending, waiting.deliveries, outcome, meta)
             except DeliveryAbandoned as exc:
