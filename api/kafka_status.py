@@ -15,7 +15,7 @@ from typing import Generic, TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError
+from aiokafka.errors import BrokerResponseError, KafkaError
 
 from common.kafka import client_options
 from common.settings import Settings
@@ -95,8 +95,19 @@ class KafkaInspector:
         return await self._health.get()
 
     async def reachable(self) -> bool:
-        """Does a broker answer a metadata request now? Not cached."""
-        return (await self._check_health()).ok
+        """Does a broker answer now? Not cached.
+
+        An error answer (missing ACLs, say) is an answer: only a broker that
+        cannot be reached makes this False.
+        """
+        try:
+            await asyncio.wait_for(self._admin.describe_cluster(), CALL_TIMEOUT_S)
+        except BrokerResponseError:
+            return True
+        except (KafkaError, OSError, TimeoutError) as exc:
+            logger.debug("kafka_probe_failed", extra={"error": repr(exc)})
+            return False
+        return True
 
     async def consumer_lag(self) -> ConsumerLag | None:
         """Lag of the worker group on the requests topic; None if Kafka failed."""

@@ -14,12 +14,13 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from redis.exceptions import RedisError
 from starlette.requests import Request
 
 from common.errors import ConnectorError
 from common.logging import bind
 from common.messages import ParseRequest
-from common.store import RequestState, record_answer
+from common.store import RequestState, now_ms, record_answer
 
 from .admission import Admitted, Duplicate, Overloaded, idempotency_key
 from .body import Upload, read_upload
@@ -38,6 +39,8 @@ logger = logging.getLogger(__name__)
 
 # Images above this are decoded and inspected in a thread, off the event loop.
 THREAD_CHECK_BYTES = 1024 * 1024
+# Set in a request's state hash once its message is in Kafka.
+PRODUCED_FIELD = "produced_ms"
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +135,7 @@ async def _admit_and_produce(
             retry_after_s=retry_after_s,
         )
     if isinstance(decision, Duplicate):
-        return _join(ctx, request, pending, decision)
+        return await _join(ctx, request, pending, decision, checked)
     assert isinstance(decision, Admitted)
     ctx.metrics.queue_depth.set(decision.depth)
     logger.debug("request_admitted", extra={"depth": decision.depth})
@@ -153,6 +156,7 @@ async def _admit_and_produce(
         ctx.router.unsubscribe(request_id, future)
         await _withdraw(ctx, pending)
         raise
+    await _mark_produced(ctx, request_id)
     return pending, future
 
 
@@ -169,8 +173,12 @@ async def _check(upload: Upload, ctx: ApiContext, *, with_hash: bool) -> Checked
     return check()
 
 
-def _join(
-    ctx: ApiContext, request: Request, pending: Pending, duplicate: Duplicate
+async def _join(
+    ctx: ApiContext,
+    request: Request,
+    pending: Pending,
+    duplicate: Duplicate,
+    checked: Checked,
 ) -> tuple[Pending, asyncio.Future[Body]]:
     """Answer a repeated Idempotency-Key with the first request's answer."""
     if not duplicate.same_body:
@@ -187,7 +195,54 @@ def _join(
     # From here on the lines carry the joined id; the caller's bound() restores.
     bind(request_id=duplicate.request_id)
     future = ctx.router.subscribe(duplicate.request_id)
+    try:
+        await _adopt_if_unproduced(ctx, pending, checked)
+    except BaseException:
+        ctx.router.unsubscribe(duplicate.request_id, future)
+        raise
     return pending, future
+
+
+async def _mark_produced(ctx: ApiContext, request_id: str) -> None:
+    """Note in the state hash that the request is in Kafka (see _join)."""
+    try:
+        await ctx.redis.hset(ctx.keys.state(request_id), PRODUCED_FIELD, now_ms())
+    except (RedisError, OSError) as exc:
+        # A repeat of its Idempotency-Key will produce it again: harmless.
+        logger.warning("produced_mark_failed", extra={"error": repr(exc)})
+
+
+async def _adopt_if_unproduced(
+    ctx: ApiContext, pending: Pending, checked: Checked
+) -> None:
+    """Produce the joined request when nothing says it reached Kafka.
+
+    The API process that admitted it may have died before producing it; its
+    caller never learnt the request id, and a repeat would otherwise wait for
+    an answer nobody works on. The repeat carries the same image and filename
+    (its fingerprint matched), so it produces the request under the first id.
+    Should the first produce have landed after all, the worker answers the one
+    request id once; only the message is duplicated.
+    """
+    fields = await ctx.redis.hgetall(ctx.keys.state(pending.request_id))
+    state = fields.get(b"state")
+    if state != RequestState.QUEUED.value.encode() or PRODUCED_FIELD.encode() in fields:
+        return
+    try:
+        deadline = datetime.fromtimestamp(int(fields[b"deadline_ms"]) / 1000, UTC)
+    except (KeyError, ValueError):
+        return
+    logger.warning("unproduced_request_adopted")
+    message = ParseRequest(
+        request_id=pending.request_id,
+        filename=checked.filename,
+        image=checked.image,
+        content_type=checked.content_type,
+        deadline=deadline,
+        reply_topic=ctx.settings.replies_topic,
+    )
+    await ctx.producer.send(message, timeout_s=pending.deadline - time.monotonic())
+    await _mark_produced(ctx, pending.request_id)
 
 
 async def _wait(

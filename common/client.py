@@ -220,7 +220,10 @@ class DolphinClient:
             self._producer = AIOKafkaProducer(
                 **self._kafka_options,
                 acks="all",
-                enable_idempotence=True,
+                # aiokafka's idempotent producer fails for good once a batch
+                # expires waiting for a leader (OutOfOrderSequenceNumber); a
+                # request sent twice is suppressed by its id instead.
+                enable_idempotence=False,
                 max_request_size=self.max_image_bytes + MiB,
             )
             await self._producer.start()

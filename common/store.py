@@ -3,7 +3,7 @@
 Keys (``<p>`` is the configured prefix):
 
     <p>:admission           ZSET  accepted, unanswered: request id -> deadline ms
-    <p>:req:<id>            HASH  state, filename, deadline_ms, updated_ms
+    <p>:req:<id>            HASH  state, filename, deadline_ms, updated_ms, produced_ms
     <p>:result:<id>         STR   the final JSON body (result or error), with a TTL
     <p>:answered:<epoch_s>  INT   answers per second, for measured throughput
     <p>:breaker             HASH  the backend circuit breaker: state, until_ms, failures

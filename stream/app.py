@@ -45,6 +45,7 @@ import faust
 from faust.app.base import BootStrategy
 from mode import Service
 
+from common.kafka import client_options
 from common.settings import Settings
 
 from .web import WorkerWeb
@@ -80,6 +81,7 @@ def create_app(settings: Settings) -> WorkerApp:
             f"kafka://{server.strip()}"
             for server in settings.kafka_bootstrap_servers.split(",")
         ],
+        broker_credentials=broker_credentials(settings),
         autodiscover=False,
         topic_disable_leader=True,
         web_host=settings.worker_host,
@@ -92,6 +94,26 @@ def create_app(settings: Settings) -> WorkerApp:
     # Faust takes a service instance as well as a class (_prepare_subservice).
     app.service(service)  # type: ignore[arg-type]
     return app
+
+
+def broker_credentials(settings: Settings) -> Any:
+    """Faust's form of the TLS and SASL options every Kafka client gets.
+
+    Faust's own Kafka clients are switched off; should one ever start, it must
+    not connect with weaker security than the worker's aiokafka clients.
+    """
+    options = client_options(settings)
+    protocol = options["security_protocol"]
+    if protocol.startswith("SASL"):
+        return faust.SASLCredentials(
+            username=options["sasl_plain_username"],
+            password=options["sasl_plain_password"],
+            ssl_context=options.get("ssl_context"),
+            mechanism=options["sasl_mechanism"],
+        )
+    if protocol == "SSL":
+        return faust.SSLCredentials(options["ssl_context"])
+    return None
 
 
 class WorkerService(Service):

@@ -101,7 +101,7 @@ class Retrier:
 
 
 class ReliableProducer:
-    """An idempotent, acks=all producer whose sends wait for the broker."""
+    """An acks=all producer whose sends wait for the broker."""
 
     def __init__(self, settings: Settings, retrier: Retrier) -> None:
         self._retrier = retrier
@@ -109,7 +109,12 @@ class ReliableProducer:
             **client_options(settings),
             client_id="dolphin-worker",
             acks="all",
-            enable_idempotence=True,
+            # Not idempotent: aiokafka numbers a batch when it is drained, and a
+            # batch that expires waiting for a partition leader leaves a gap the
+            # broker answers with OutOfOrderSequenceNumber, after which every
+            # send fails until the process restarts. A reply or dead letter sent
+            # twice is harmless: consumers key them by request id.
+            enable_idempotence=False,
             max_request_size=max_request_bytes(settings),
             linger_ms=2,
         )
