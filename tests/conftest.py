@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -174,50 +175,49 @@ def _clean_env(extra: dict[str, str]) -> dict[str, str]:
 StartService = Callable[..., ServiceProcess]
 
 
+@contextlib.contextmanager
+def _service_factory(
+    name: str, module: str, port_variable: str, env: dict[str, str], logs: Path
+) -> Iterator[StartService]:
+    """Start ``python -m module`` subprocesses on free ports; stop them all after."""
+    started: list[ServiceProcess] = []
+
+    def start(wait: bool = True, **overrides: str) -> ServiceProcess:
+        port = free_port()
+        full = {**env, port_variable: str(port), **overrides}
+        log = logs / f"{name}-{len(started)}.log"
+        argv = [sys.executable, "-m", module]
+        proc = ServiceProcess(name, argv, full, log, port)
+        started.append(proc)
+        if wait:
+            proc.wait_healthy()
+        return proc
+
+    try:
+        yield start
+    finally:
+        for proc in started:
+            proc.stop()
+
+
 @pytest.fixture
 def start_worker(
     settings_env: dict[str, str], tmp_path: Path
 ) -> Iterator[StartService]:
     """Factory: start a worker subprocess with ``settings_env`` plus overrides."""
-    started: list[ServiceProcess] = []
-
-    def start(wait: bool = True, **env: str) -> ServiceProcess:
-        port = free_port()
-        full = {**settings_env, "DOLPHIN_WORKER_PORT": str(port), **env}
-        log = tmp_path / f"worker-{len(started)}.log"
-        proc = ServiceProcess(
-            "worker", [sys.executable, "-m", "stream.main"], full, log, port
-        )
-        started.append(proc)
-        if wait:
-            proc.wait_healthy()
-        return proc
-
-    yield start
-    for proc in started:
-        proc.stop()
+    with _service_factory(
+        "worker", "stream.main", "DOLPHIN_WORKER_PORT", settings_env, tmp_path
+    ) as start:
+        yield start
 
 
 @pytest.fixture
 def start_api(settings_env: dict[str, str], tmp_path: Path) -> Iterator[StartService]:
     """Factory: start an API subprocess with ``settings_env`` plus overrides."""
-    started: list[ServiceProcess] = []
-
-    def start(wait: bool = True, **env: str) -> ServiceProcess:
-        port = free_port()
-        full = {**settings_env, "DOLPHIN_API_PORT": str(port), **env}
-        log = tmp_path / f"api-{len(started)}.log"
-        proc = ServiceProcess(
-            "api", [sys.executable, "-m", "api.main"], full, log, port
-        )
-        started.append(proc)
-        if wait:
-            proc.wait_healthy()
-        return proc
-
-    yield start
-    for proc in started:
-        proc.stop()
+    with _service_factory(
+        "api", "api.main", "DOLPHIN_API_PORT", settings_env, tmp_path
+    ) as start:
+        yield start
 
 
 __all__ = ["REPO_ROOT", "ServiceProcess", "StartService"]
