@@ -96,5 +96,9 @@ def configure(level: str, fmt: str, component: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     # Libraries chatter at info; keep their warnings.
-    for noisy in ("aiokafka", "kafka", "faust", "mode", "httpx", "uvicorn.access"):
+    noisy_loggers = (
+        "aiokafka", "kafka", "faust", "mode", "httpx", "httpcore", "PIL",
+        "uvicorn.access",
+    )  # fmt: skip
+    for noisy in noisy_loggers:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

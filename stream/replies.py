@@ -10,6 +10,7 @@ for a request whose caller got nothing.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
@@ -132,19 +133,31 @@ class Answers:
         self, delivery: Delivery, body: dict[str, Any], state: RequestState
     ) -> None:
         """Reply, store the result, release the message for commit."""
-        body = await self._reply(delivery, body)
 
-        async def store() -> None:
-            await record_answer(
-                self._redis,
-                self._keys,
-                delivery.request_id,
-                body,
-                state=state,
-                ttl_s=self._ttl_s,
-            )
+        async def store(stored: dict[str, Any]) -> None:
+            async def write() -> None:
+                await record_answer(
+                    self._redis,
+                    self._keys,
+                    delivery.request_id,
+                    stored,
+                    state=state,
+                    ttl_s=self._ttl_s,
+                )
 
-        await self._retrier.run("store result", store)
+            await self._retrier.run("store result", write)
+
+        # The reply and the stored result go out together: the caller waits on
+        # whichever comes first, and the message is released only after both.
+        storing = asyncio.ensure_future(store(body))
+        try:
+            sent = await self._reply(delivery, body)
+        finally:
+            await asyncio.gather(storing, return_exceptions=True)
+        storing.result()
+        if sent is not body:
+            # The reply had to become an error; the store must say the same.
+            await store(sent)
         delivery.ticket.release()
         metrics.MESSAGES.labels(outcome=_OUTCOME_BY_STATE.get(state, "other")).inc()
         logger.debug(
