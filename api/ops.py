@@ -31,16 +31,6 @@ router = APIRouter(tags=["operations"])
 REDIS_PING_TIMEOUT_S = 1.0
 
 
-def backend_key(ctx: ApiContext) -> str:
-    """Where the worker publishes the name of its parser backend."""
-    return f"{ctx.keys.prefix}:backend"
-
-
-def inflight_key(ctx: ApiContext) -> str:
-    """Where the worker publishes how many batches are at the backend."""
-    return f"{ctx.keys.prefix}:inflight"
-
-
 async def _redis_health(ctx: ApiContext) -> DependencyHealth:
     try:
         await asyncio.wait_for(ctx.redis.ping(), REDIS_PING_TIMEOUT_S)
@@ -52,7 +42,7 @@ async def _redis_health(ctx: ApiContext) -> DependencyHealth:
 async def _backend_health(ctx: ApiContext) -> BackendHealth:
     try:
         breaker = await ctx.breaker.read()
-        name = await ctx.redis.get(backend_key(ctx))
+        name = await ctx.redis.get(ctx.keys.backend)
     except (RedisError, OSError) as exc:
         logger.debug("backend_state_unreadable", extra={"error": repr(exc)})
         return BackendHealth(circuit="unknown")
@@ -107,7 +97,7 @@ async def queue_status(
 
     depth = await ctx.admission.depth()
     throughput = await answered_per_second(ctx.redis, ctx.keys)
-    inflight = _count(await ctx.redis.get(inflight_key(ctx)))
+    inflight = _count(await ctx.redis.get(ctx.keys.inflight))
     lag = await ctx.inspector.consumer_lag()
     ctx.metrics.queue_depth.set(depth)
 

@@ -7,6 +7,8 @@ Keys (``<p>`` is the configured prefix):
     <p>:result:<id>         STR   the final JSON body (result or error), with a TTL
     <p>:answered:<epoch_s>  INT   answers per second, for measured throughput
     <p>:breaker             HASH  the backend circuit breaker: state, until_ms, failures
+    <p>:backend             STR   the name of the worker's parser backend, with a TTL
+    <p>:inflight            INT   batches at the backend, as a worker last saw it
 """
 
 from __future__ import annotations
@@ -53,6 +55,14 @@ class Keys:
     @property
     def breaker(self) -> str:
         return f"{self.prefix}:breaker"
+
+    @property
+    def backend(self) -> str:
+        return f"{self.prefix}:backend"
+
+    @property
+    def inflight(self) -> str:
+        return f"{self.prefix}:inflight"
 
     def state(self, request_id: str) -> str:
         return f"{self.prefix}:req:{request_id}"

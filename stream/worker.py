@@ -161,7 +161,7 @@ class Worker:
         await self.producer.stop()
         await self.backend.aclose()
         with contextlib.suppress(RedisError, OSError):
-            await self.redis.delete(self._inflight_key)
+            await self.redis.delete(self.keys.inflight)
         await self.redis.aclose()
         logger.info(
             "worker_stopped",
@@ -209,12 +209,7 @@ class Worker:
 
     # --- Status for the API and for /health ---
 
-    @property
-    def _inflight_key(self) -> str:
-        return f"{self.keys.prefix}:inflight"
-
     async def _status_loop(self) -> None:
-        backend_key = f"{self.keys.prefix}:backend"
         while True:
             metrics.BREAKER_STATE.set(
                 metrics.BREAKER_STATES.get(self.breaker.state.value, 0)
@@ -222,9 +217,9 @@ class Worker:
             try:
                 async with self.redis.pipeline(transaction=False) as pipe:
                     pipe.set(
-                        self._inflight_key, self.backend.in_flight, ex=STATUS_TTL_S
+                        self.keys.inflight, self.backend.in_flight, ex=STATUS_TTL_S
                     )
-                    pipe.set(backend_key, self.backend.name, ex=STATUS_TTL_S * 3)
+                    pipe.set(self.keys.backend, self.backend.name, ex=STATUS_TTL_S * 3)
                     await pipe.execute()
             except (RedisError, OSError) as exc:
                 logger.warning("status_write_failed", extra={"error": repr(exc)})
